@@ -1,0 +1,5 @@
+"""`python -m mlferry` runs the command line."""
+
+from mlferry.cli import main
+
+main()
