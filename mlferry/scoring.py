@@ -5,13 +5,16 @@ line per phase, and a closing line with rows, seconds and rows/s. Every output
 carries a manifest saying exactly which registry version produced it from what.
 """
 
+import ctypes
 import logging
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,10 +47,50 @@ class LoadedModel:
 
     def predict(self, frame: pd.DataFrame, row_offset: int = 0) -> pd.DataFrame:
         """Check `frame` against the signature and return its prediction columns."""
-        inputs = conform(frame, self.columns, row_offset)
+        return self.predict_checked(conform(frame, self.columns, row_offset))
+
+    def predict_checked(self, inputs: pd.DataFrame) -> pd.DataFrame:
+        """Prediction columns for inputs that already passed `conform`."""
         if len(inputs) == 0:
             return pd.DataFrame({"prediction": np.empty(0, dtype=np.float64)})
         return prediction_columns(self.pyfunc.predict(inputs), len(inputs))
+
+
+# Worker processes predict in parallel: many model libraries (scikit-learn's
+# gradient boosting among them) hold the GIL while predicting, so threads would not.
+_worker_model: LoadedModel | None = None
+
+
+def _init_worker(model: LoadedModel) -> None:
+    global _worker_model
+    _worker_model = model
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    if sys.platform == "linux":
+        # Die with the parent, even when it is killed with SIGKILL mid-run.
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def _predict_in_worker(inputs: pd.DataFrame) -> pd.DataFrame:
+    return _worker_model.predict_checked(inputs)
+
+
+def _worker_pool(model: LoadedModel, workers: int) -> ProcessPoolExecutor | None:
+    """Forked workers that share the loaded model; None for in-process scoring."""
+    if workers <= 1:
+        return None
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=_init_worker,
+        initargs=(model,),
+    )
+    # Start them all now, before any reader thread exists in this process.
+    for future in [pool.submit(os.getpid) for _ in range(workers)]:
+        future.result()
+    return pool
 
 
 def load_model(settings: Settings, model_uri: str | None = None) -> LoadedModel:
@@ -110,12 +153,16 @@ class _Writer:
         self._schema: pa.Schema | None = None
         self._csv_started = False
 
-    def write(self, frame: pd.DataFrame) -> None:
+    def write(self, chunk: pd.DataFrame, predictions: pd.DataFrame) -> None:
+        """Append the input rows with their prediction columns beside them."""
         if self.format == "csv":
+            frame = pd.concat([chunk.reset_index(drop=True), predictions], axis=1)
             frame.to_csv(self.path, mode="a", header=not self._csv_started, index=False)
             self._csv_started = True
             return
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = pa.Table.from_pandas(chunk, preserve_index=False)
+        for name in predictions.columns:
+            table = table.append_column(str(name), pa.array(predictions[name]))
         if self._parquet is None:
             self._schema = table.schema
             self._parquet = pq.ParquetWriter(self.path, self._schema)
@@ -169,7 +216,7 @@ def score(
     output_dir: Path,
     run_key: str | None = None,
     output_format: str = "parquet",
-    workers: int = 2,
+    workers: int = 1,
     extra_manifest: dict | None = None,
     before_commit=None,
 ) -> dict:
@@ -179,6 +226,7 @@ def score(
         source: a `FileSource` or `FrameSource`.
         job: names the output folder `<output_dir>/<job>/run=<run_key>/`.
         run_key: the partition (default: today's UTC date); a rerun replaces it.
+        workers: processes predicting in parallel (1: in this process).
         before_commit: called with the staging folder before the swap (plots).
 
     Returns:
@@ -196,15 +244,17 @@ def score(
         output_format,
     )  # fmt: skip
 
-    with Partition(output_dir, job, run_key) as partition:
-        target = partition.staging / f"predictions.{output_format}"
-        writer = _Writer(target, output_format)
-        progress = _Progress(source.total_rows, f"scoring {job}")
-        rows_in = 0
-        warned_extra = False
-        pending = deque()
-        try:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+    # Workers are forked before the output lock is taken, so they never hold it.
+    pool = _worker_pool(model, workers)
+    try:
+        with Partition(output_dir, job, run_key) as partition:
+            target = partition.staging / f"predictions.{output_format}"
+            writer = _Writer(target, output_format)
+            progress = _Progress(source.total_rows, f"scoring {job}")
+            rows_in = 0
+            warned_extra = False
+            pending = deque()
+            try:
                 for chunk in source.chunks():
                     if not warned_extra and (
                         extra := extra_columns(chunk, model.columns)
@@ -212,55 +262,60 @@ def score(
                         log.info("passing through columns the model does not use: %s",
                                  ", ".join(extra))  # fmt: skip
                         warned_extra = True
-                    future = pool.submit(model.predict, chunk, rows_in)
+                    # Checked here, so an error names the row of the whole input.
+                    inputs = conform(chunk, model.columns, rows_in)
+                    if pool is None:
+                        future = Future()
+                        future.set_result(model.predict_checked(inputs))
+                    else:
+                        future = pool.submit(_predict_in_worker, inputs)
                     pending.append((chunk, future))
                     rows_in += len(chunk)
                     # Bounded: at most workers + 1 chunks in memory at once.
-                    while len(pending) > workers:
+                    while len(pending) > max(workers, 1):
                         _write(writer, progress, *pending.popleft())
                 while pending:
                     _write(writer, progress, *pending.popleft())
-        except BaseException:
-            for _, future in pending:
-                future.cancel()
-            raise
-        finally:
-            writer.close()
-            progress.close()
+            finally:
+                writer.close()
+                progress.close()
 
-        if before_commit is not None:
-            before_commit(partition.staging)
-        finished_at = datetime.now(UTC)
-        seconds = time.monotonic() - started
-        manifest = {
-            "job": job,
-            "run_key": run_key,
-            "model": {
-                "name": pinned.name,
-                "version": pinned.version,
-                "alias": pinned.alias,
-                "stage": pinned.stage,
-                "run_id": pinned.run_id,
-                "model_uri": pinned.model_uri,
-                "pinned_uri": pinned.pinned_uri,
-                "registry": pinned.registry,
-            },
-            "input": {
-                "path": str(source.path) if source.path else None,
-                "description": source.describe(),
-                "format": source.format,
-                "sha256": source.sha256,
-            },
-            "output": {"file": target.name, "format": output_format},
-            "rows_in": rows_in,
-            "rows_out": progress.rows,
-            "started_at": started_at.isoformat(),
-            "finished_at": finished_at.isoformat(),
-            "duration_seconds": round(seconds, 3),
-            "mlferry_version": __version__,
-            "git_commit": git_commit(),
-        } | (extra_manifest or {})
-        final = partition.commit(manifest)
+            if before_commit is not None:
+                before_commit(partition.staging)
+            finished_at = datetime.now(UTC)
+            seconds = time.monotonic() - started
+            manifest = {
+                "job": job,
+                "run_key": run_key,
+                "model": {
+                    "name": pinned.name,
+                    "version": pinned.version,
+                    "alias": pinned.alias,
+                    "stage": pinned.stage,
+                    "run_id": pinned.run_id,
+                    "model_uri": pinned.model_uri,
+                    "pinned_uri": pinned.pinned_uri,
+                    "registry": pinned.registry,
+                },
+                "input": {
+                    "path": str(source.path) if source.path else None,
+                    "description": source.describe(),
+                    "format": source.format,
+                    "sha256": source.sha256,
+                },
+                "output": {"file": target.name, "format": output_format},
+                "rows_in": rows_in,
+                "rows_out": progress.rows,
+                "started_at": started_at.isoformat(),
+                "finished_at": finished_at.isoformat(),
+                "duration_seconds": round(seconds, 3),
+                "mlferry_version": __version__,
+                "git_commit": git_commit(),
+            } | (extra_manifest or {})
+            final = partition.commit(manifest)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     rate = progress.rows / seconds if seconds > 0 else 0.0
     log.info(
@@ -273,9 +328,8 @@ def score(
 
 def _write(writer: _Writer, progress: _Progress, chunk: pd.DataFrame, future) -> None:
     predictions = future.result()
-    scored = pd.concat([chunk.reset_index(drop=True), predictions], axis=1)
-    writer.write(scored)
-    progress.advance(len(scored))
+    writer.write(chunk, predictions)
+    progress.advance(len(predictions))
 
 
 def read_output(path: Path) -> pd.DataFrame:

@@ -5,6 +5,7 @@ command-line flag of the same name (`MLFERRY_CHUNK_ROWS` = `--chunk-rows`). The
 registry is MLflow's own `MLFLOW_TRACKING_URI`, with MLflow's credential variables.
 """
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,7 +56,10 @@ class Settings(BaseSettings):
         100_000, ge=1, description="Rows read, checked and scored at a time."
     )
     score_workers: int = Field(
-        2, ge=1, le=64, description="Chunks scored in parallel threads."
+        default_factory=lambda: min(4, os.cpu_count() or 1),
+        ge=1,
+        le=64,
+        description="Processes predicting batch chunks in parallel (1: in-process).",
     )
     host: str = Field("127.0.0.1", description="Address the model server listens on.")
     http_port: int = Field(8080, ge=0, le=65535, description="Server HTTP port.")

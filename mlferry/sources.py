@@ -40,7 +40,6 @@ class FileSource:
         self.chunk_rows = chunk_rows
         self._sha256: str | None = None
         self._hasher = threading.Thread(target=self._hash, daemon=True)
-        self._hasher.start()
 
     def _hash(self) -> None:
         digest = hashlib.sha256()
@@ -51,7 +50,11 @@ class FileSource:
 
     @property
     def sha256(self) -> str | None:
-        self._hasher.join()
+        if self._sha256 is None:
+            if not self._hasher.is_alive():
+                self._hash()
+            else:
+                self._hasher.join()
         return self._sha256
 
     @property
@@ -65,6 +68,8 @@ class FileSource:
 
     def chunks(self) -> Iterator[pd.DataFrame]:
         """Yield the rows in chunks; a header-only file yields one empty frame."""
+        if self._sha256 is None and not self._hasher.is_alive():
+            self._hasher.start()  # hashed while the rows are read and scored
         if self.path.stat().st_size == 0:
             raise EmptyInput(
                 f"input file {self.path} is empty (0 bytes); expected at least a "
@@ -77,7 +82,8 @@ class FileSource:
 
     def _parquet(self) -> Iterator[pd.DataFrame]:
         try:
-            parquet = pq.ParquetFile(self.path)
+            # pre_buffer would read ahead the whole file: memory would grow with it.
+            parquet = pq.ParquetFile(self.path, pre_buffer=False)
         except Exception as exc:
             raise InputError(
                 f"{self.path} is not a readable Parquet file: {exc}"
