@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 
 # Show this help.
 help:
-	@awk '/^# / {doc=substr($$0, 3); next} /^[a-z][a-z-]*:/ {split($$1, t, ":"); if (doc) printf "  %-14s %s\n", t[1], doc; doc=""; next} {doc=""}' $(MAKEFILE_LIST)
+	@awk '/^# / {doc=substr($$0, 3); next} /^[a-z][a-z-]*:/ {split($$1, t, ":"); if (doc) printf "  %-20s %s\n", t[1], doc; doc=""; next} {doc=""}' $(MAKEFILE_LIST)
 
 # Create the environment from the lock (re-run when the lock changes).
 venv: $(STAMP)
@@ -70,3 +70,80 @@ clean:
 	rm -rf .mlferry output build
 
 ##@ Kubernetes (kind) and the image
+
+# Image name; `make image` tags it <model>-v<version>, e.g. mlferry:diabetes-v3.
+IMAGE ?= mlferry
+# Base image; when it can be neither found nor pulled, a local Debian one is made.
+BASE_IMAGE ?= python:3.11-slim
+
+.PHONY: docker-engine docker-engine-stop image
+
+# Start a Docker engine in the background unless one already answers.
+docker-engine:
+	scripts/docker-engine.sh start
+
+# Stop the Docker engine that `make docker-engine` started.
+docker-engine-stop:
+	scripts/docker-engine.sh stop
+
+# Build the image with the pinned MODEL_URI baked in (tag written to build/image.env).
+image: $(STAMP)
+	IMAGE='$(IMAGE)' MODEL_URI='$(MODEL_URI)' BASE_IMAGE='$(BASE_IMAGE)' VENV='$(VENV)' \
+		scripts/build-image.sh
+
+# kind cluster name; kubectl talks to the context kind-$(CLUSTER) and no other.
+CLUSTER ?= mlferry
+# kind node image, pinned by digest (the same as k8s/kind/cluster.yaml; kind v0.32.0).
+KIND_NODE_IMAGE ?= kindest/node:v1.36.1@sha256:3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5
+# Namespace for mlferry's objects.
+NAMESPACE ?= mlferry
+# Overlay to deploy: kind (model baked into the image) or registry (fetched at pod start).
+OVERLAY ?= kind
+# Host folder mounted into the kind node for batch input (in/) and output (out/).
+KIND_DATA ?= .mlferry/kind/data
+# Local port for `make port-forward`.
+PORT_FORWARD_PORT ?= 8080
+# Seconds to wait for a rollout or a batch Job.
+K8S_TIMEOUT ?= 300
+
+K8S := CLUSTER='$(CLUSTER)' KIND_NODE_IMAGE='$(KIND_NODE_IMAGE)' NAMESPACE='$(NAMESPACE)' \
+	OVERLAY='$(OVERLAY)' KIND_DATA='$(KIND_DATA)' MODEL_URI='$(MODEL_URI)' \
+	PORT='$(PORT_FORWARD_PORT)' TIMEOUT='$(K8S_TIMEOUT)' VENV='$(VENV)' scripts/k8s.sh
+
+.PHONY: cluster load deploy port-forward smoke batch-now undeploy cluster-down tools
+
+# Create the kind cluster: host data folder mounted, NodePorts mapped to 127.0.0.1.
+cluster:
+	$(K8S) cluster
+
+# Copy the image named in build/image.env into the kind node.
+load:
+	$(K8S) load
+
+# Render k8s/overlays/OVERLAY for the built image, apply it, wait for the rollout.
+deploy: $(STAMP)
+	$(K8S) deploy
+
+# Forward 127.0.0.1:PORT_FORWARD_PORT to the model server until Ctrl-C.
+port-forward:
+	$(K8S) port-forward
+
+# Check the deployment: rollout, V2 inference, model version, a batch run's output.
+smoke: $(STAMP)
+	$(K8S) smoke
+
+# Run the batch job now (a Job from the CronJob) and show where its output went.
+batch-now:
+	$(K8S) batch-now
+
+# Delete mlferry's objects from the cluster (the registry Secret stays).
+undeploy:
+	$(K8S) undeploy
+
+# Delete the kind cluster.
+cluster-down:
+	$(K8S) cluster-down
+
+# Create .venv-tools/ (checkov) from requirements/tools.lock.
+tools:
+	scripts/tools-venv.sh
