@@ -14,15 +14,21 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "${MLFERRY_TEST_DOCKER:-1}" != 0 ] && [ -x scripts/docker-engine.sh ]; then
-  state="$(scripts/docker-engine.sh status 2>/dev/null || true)"
-  if scripts/docker-engine.sh start; then
-    [ "$state" = running ] || engine_started=1
+  already=0
+  scripts/docker-engine.sh status >/dev/null 2>&1 && already=1
+  if scripts/docker-engine.sh start >/dev/null; then
+    [ "$already" = 1 ] || engine_started=1
   else
     echo "note: no Docker engine; container tests will be skipped" >&2
   fi
 fi
 if [ -x scripts/tools-venv.sh ]; then
-  scripts/tools-venv.sh || echo "note: policy tools (checkov) unavailable; those tests will skip" >&2
+  scripts/tools-venv.sh >/dev/null ||
+    echo "note: policy tools (checkov) unavailable; those tests will skip" >&2
+fi
+if [ -x scripts/actionlint.sh ]; then
+  scripts/actionlint.sh --install-only >/dev/null ||
+    echo "note: actionlint unavailable; its tests will skip" >&2
 fi
 
 .venv/bin/pytest "$@"
