@@ -347,6 +347,80 @@ def whatif(ctx, job, baseline_of, vary, fixed, name, no_plot, output_format, **f
     _report(manifest)
 
 
+# -- service ----------------------------------------------------------------------
+
+
+@cli.command()
+@model_uri_option
+@click.option(
+    "--model-dir",
+    type=click.Path(path_type=Path),
+    help="Local pinned model folder; no registry [MLFERRY_MODEL_DIR].",
+)
+@click.option("--host", help="Listen address [MLFERRY_HOST].")
+@click.option("--http-port", type=int, help="[MLFERRY_HTTP_PORT]")
+@click.option("--grpc-port", type=int, help="[MLFERRY_GRPC_PORT]")
+@click.option("--metrics-port", type=int, help="[MLFERRY_METRICS_PORT]")
+@click.option(
+    "--workers", type=int, help="Inference worker processes [MLFERRY_WORKERS]."
+)
+@click.option(
+    "--scratch-dir",
+    type=click.Path(path_type=Path),
+    help="Writable folder for server files [MLFERRY_SCRATCH_DIR].",
+)
+@click.pass_context
+@handled
+def serve(ctx, **flags) -> None:
+    """Serve the model with MLServer (V2 and /invocations) until stopped."""
+    from mlferry import serving
+
+    settings = _settings(ctx, **flags)
+    config = serving.prepare(settings)
+    sys.exit(serving.serve_forever(config))
+
+
+@cli.command()
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=Path, exists=True),
+    required=True,
+    help="CSV or Parquet rows to send.",
+)
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--model", "model_name", default="diabetes", show_default=True)
+@click.option(
+    "--protocol",
+    type=click.Choice(["v2", "invocations"]),
+    default="v2",
+    show_default=True,
+)
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@handled
+def predict(input_path, url, model_name, protocol, timeout) -> None:
+    """Send rows to a running model service and print the predictions."""
+    import pandas as pd
+
+    from mlferry.client import ModelClient
+    from mlferry.sources import format_of
+
+    frame = (
+        pd.read_parquet(input_path)
+        if format_of(input_path) == "parquet"
+        else pd.read_csv(input_path)
+    )
+    client = ModelClient(url, model_name, timeout=timeout)
+    if protocol == "v2":
+        result = client.infer(frame)
+        predictions, answered = result.frame, f"version {result.model_version}"
+    else:
+        predictions, answered = client.invocations(frame), "/invocations"
+    shown = pd.concat([frame.reset_index(drop=True), predictions], axis=1)
+    click.echo(f"{len(shown)} predictions from {model_name} ({answered}) at {url}")
+    click.echo(shown.round(3).to_string(index=False))
+
+
 def main() -> None:
     """Entry point of the `mlferry` console script."""
     cli(auto_envvar_prefix=None)

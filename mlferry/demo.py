@@ -84,8 +84,13 @@ def train_and_register(name: str = MODEL_NAME, alias: str = ALIAS) -> str:
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
     log.info(
         "registered %s version %s (run %s, holdout R² %.2f); alias %s → %s",
-        name, version, run.info.run_id, r2, alias, version,
-    )  # fmt: skip
+        name,
+        version,
+        run.info.run_id,
+        r2,
+        alias,
+        version,
+    )
     return version
 
 

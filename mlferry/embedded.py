@@ -88,14 +88,22 @@ class EmbeddedRegistry:
         root = self.root.resolve()
         (root / "artifacts").mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination", str(root / "artifacts"),
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
             "--serve-artifacts",
-            "--host", self.host,
-            "--port", str(self.port),
-            "--workers", "1",
-        ]  # fmt: skip
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         if app_name:
             command += ["--app-name", app_name]
         env = dict(
@@ -127,8 +135,10 @@ class EmbeddedRegistry:
             if self.is_up():
                 log.info(
                     "embedded registry ready at %s (pid %d, state in %s)",
-                    self.url, process.pid, root,
-                )  # fmt: skip
+                    self.url,
+                    process.pid,
+                    root,
+                )
                 return process.pid
             time.sleep(0.25)
         self.stop()

@@ -102,8 +102,11 @@ def run(
     varied = list(spec.whatif.grid)
     log.info(
         "what-if %s: %d scenarios varying %s around %s",
-        spec.name, len(table), " × ".join(varied), base,
-    )  # fmt: skip
+        spec.name,
+        len(table),
+        " × ".join(varied),
+        base,
+    )
     source = FrameSource(table, settings.chunk_rows, f"what-if grid over {varied}")
 
     def add_plot(staging: Path) -> None:
@@ -111,10 +114,12 @@ def run(
             return
         scored = read_output(staging / f"predictions.{fmt}")
         whatif.plot(
-            scored, varied, staging / "whatif.png",
+            scored,
+            varied,
+            staging / "whatif.png",
             f"{model.pinned.name} v{model.pinned.version}: "
             f"prediction vs {' × '.join(varied)}",
-        )  # fmt: skip
+        )
 
     return score(
         model,

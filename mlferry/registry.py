@@ -276,11 +276,13 @@ def resolve(model_uri: str | None) -> PinnedModel:
     if found is None:
         aliases = ", ".join(sorted(registered.aliases)) or "none"
         versions = client.search_model_versions(f"name='{ref.name}'")
-        listing = ", ".join(
-            f"{v.version} ({v.current_stage})" for v in sorted(
-                versions, key=lambda v: int(v.version)
+        listing = (
+            ", ".join(
+                f"{v.version} ({v.current_stage})"
+                for v in sorted(versions, key=lambda v: int(v.version))
             )
-        ) or "none"  # fmt: skip
+            or "none"
+        )
         if ref.alias:
             problem = f"has no alias {ref.alias!r}"
         elif ref.version:
@@ -347,8 +349,11 @@ def fetch(pinned: PinnedModel, dest: Path) -> Path:
     staging.rename(dest)
     log.info(
         "downloaded %s version %s to %s in %.1fs",
-        pinned.name, pinned.version, dest, time.monotonic() - started,
-    )  # fmt: skip
+        pinned.name,
+        pinned.version,
+        dest,
+        time.monotonic() - started,
+    )
     return dest
 
 

@@ -107,8 +107,10 @@ def load_model(settings: Settings, model_uri: str | None = None) -> LoadedModel:
         )
     log.info(
         "loaded %s from %s in %.1fs",
-        pinned.describe(), path, time.monotonic() - started,
-    )  # fmt: skip
+        pinned.describe(),
+        path,
+        time.monotonic() - started,
+    )
     return LoadedModel(pinned, path, model, columns)
 
 
@@ -240,9 +242,14 @@ def score(
     pinned = model.pinned
     log.info(
         "job %s: model %s; input %s; output %s/%s/run=%s (%s)",
-        job, pinned.describe(), source.describe(), output_dir, job, run_key,
+        job,
+        pinned.describe(),
+        source.describe(),
+        output_dir,
+        job,
+        run_key,
         output_format,
-    )  # fmt: skip
+    )
 
     # Workers are forked before the output lock is taken, so they never hold it.
     pool = _worker_pool(model, workers)
@@ -259,8 +266,10 @@ def score(
                     if not warned_extra and (
                         extra := extra_columns(chunk, model.columns)
                     ):
-                        log.info("passing through columns the model does not use: %s",
-                                 ", ".join(extra))  # fmt: skip
+                        log.info(
+                            "passing through columns the model does not use: %s",
+                            ", ".join(extra),
+                        )
                         warned_extra = True
                     # Checked here, so an error names the row of the whole input.
                     inputs = conform(chunk, model.columns, rows_in)
@@ -320,8 +329,12 @@ def score(
     rate = progress.rows / seconds if seconds > 0 else 0.0
     log.info(
         "job %s: %d rows scored in %.2fs (%.0f rows/s) → %s",
-        job, progress.rows, seconds, rate, final,
-    )  # fmt: skip
+        job,
+        progress.rows,
+        seconds,
+        rate,
+        final,
+    )
     manifest["output"]["path"] = str(final / target.name)
     return manifest
 

@@ -191,8 +191,10 @@ def main() -> None:
     throughput = batch_rate / baseline
     memory = large_run["peak_mib"] / best["peak_mib"]
     print(f"throughput ratio (batch / in-process): {throughput:.2f}  (target >= 0.90)")
-    print(f"memory ratio ({args.large:,} / {args.rows:,} rows): {memory:.2f}  "
-          "(target <= 1.25)")  # fmt: skip
+    print(
+        f"memory ratio ({args.large:,} / {args.rows:,} rows): {memory:.2f}  "
+        "(target <= 1.25)"
+    )
 
 
 if __name__ == "__main__":

@@ -88,13 +88,15 @@ def history(tmp_path_factory) -> Path:
     return demo.write_history(tmp_path_factory.mktemp("history"))
 
 
-def register_model(name: str, frame: pd.DataFrame, target, alias: str = "champion"):
+def register_model(
+    name: str, frame: pd.DataFrame, target, alias: str = "champion", model=None
+):
     """Register a small scikit-learn model whose signature comes from `frame`."""
     import mlflow
     from mlflow.models import infer_signature
     from sklearn.linear_model import LinearRegression
 
-    model = LinearRegression().fit(frame, target)
+    model = (model or LinearRegression()).fit(frame, target)
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(
             model,
@@ -132,3 +134,25 @@ def int32_model(registry_server, session_home):
     frame = pd.DataFrame({"x": pd.array([1, 2, 3, -4], dtype="int32")})
     version, model = register_model("int32", frame, [2.0, 4.0, 6.0, -8.0])
     return version, model
+
+
+@pytest.fixture(scope="session")
+def color_model(registry_server, session_home):
+    """A model with signature `color: string, size: double`; red and blue differ."""
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    settings = load_settings(home=session_home, registry_port=registry_server.port)
+    registry.connect(settings)
+    frame = pd.DataFrame(
+        {"color": ["red", "blue", "red", "blue"], "size": [1.0, 1.0, 2.0, 2.0]}
+    )
+    pipeline = make_pipeline(
+        make_column_transformer(
+            (OneHotEncoder(handle_unknown="ignore"), ["color"]), remainder="passthrough"
+        ),
+        LinearRegression(),
+    )
+    return register_model("color", frame, [10.0, 0.0, 11.0, 1.0], model=pipeline)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, free_port
 
 
@@ -40,9 +39,11 @@ def test_score_job_runs_end_to_end_and_prints_where(
     run, demo_version, history, tmp_path
 ):
     result = run(
-        "score", "--job", str(ROOT / "jobs" / "diabetes-history.yaml"),
+        "score",
+        "--job",
+        str(ROOT / "jobs" / "diabetes-history.yaml"),
         MLFERRY_INPUT_DIR=str(history.parent),
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert f"442 rows scored by diabetes version {demo_version}" in result.stdout
     assert "diabetes@champion → version" in result.stderr
@@ -53,9 +54,12 @@ def test_model_uri_env_overrides_the_job_and_a_ghost_alias_exits_nonzero(
     run, demo_version, history, tmp_path
 ):
     result = run(
-        "score", "--job", str(ROOT / "jobs" / "diabetes-history.yaml"),
-        MLFERRY_INPUT_DIR=str(history.parent), MLFERRY_MODEL_URI="models:/diabetes@ghost",
-    )  # fmt: skip
+        "score",
+        "--job",
+        str(ROOT / "jobs" / "diabetes-history.yaml"),
+        MLFERRY_INPUT_DIR=str(history.parent),
+        MLFERRY_MODEL_URI="models:/diabetes@ghost",
+    )
     assert result.returncode == 3
     assert "model 'diabetes' has no alias 'ghost'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -114,9 +118,15 @@ def test_promote_moves_the_alias(run, demo_version, tenure_model):
 
 def test_whatif_flags_build_a_grid(run, demo_version, history, tmp_path):
     result = run(
-        "whatif", "--baseline", str(history), "--vary", "bmi=20:30:3", "--set", "age=60",
+        "whatif",
+        "--baseline",
+        str(history),
+        "--vary",
+        "bmi=20:30:3",
+        "--set",
+        "age=60",
         "--no-plot",
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert "3 rows scored" in result.stdout
     bad = run("whatif", "--vary", "bmi=20-30")

@@ -1,8 +1,8 @@
 """Job specs: the shipped ones are valid and portable; bad ones are refused clearly."""
 
 import pytest
-
 from conftest import ROOT
+
 from mlferry import jobs
 from mlferry.errors import ConfigError
 

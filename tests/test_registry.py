@@ -3,8 +3,8 @@
 import time
 
 import pytest
-
 from conftest import free_port
+
 from mlferry import registry
 from mlferry.embedded import EmbeddedRegistry
 from mlferry.errors import (
@@ -87,8 +87,11 @@ def test_connect_without_tracking_uri_explains_how_to_start_the_registry(tmp_pat
     from mlferry.settings import load_settings
 
     settings = load_settings(home=tmp_path, registry_port=free_port())
-    with pytest.raises(RegistryUnreachable, match=r"MLFLOW_TRACKING_URI is not set.*"
-                       r"mlferry registry start"):  # fmt: skip
+    with pytest.raises(
+        RegistryUnreachable,
+        match=r"MLFLOW_TRACKING_URI is not set.*"
+        r"mlferry registry start",
+    ):
         registry.connect(settings)
     assert not (tmp_path / "mlflow.db").exists()
 

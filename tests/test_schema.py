@@ -21,8 +21,11 @@ def test_conform_casts_whole_numbers_to_double_in_signature_order():
 
 def test_conform_names_every_missing_column_and_the_expected_ones():
     frame = pd.DataFrame({"age": [50.0]})
-    with pytest.raises(SchemaMismatch, match=r"columns 'bmi', 'bp' are missing; "
-                       r"the model expects: age, bmi, bp"):  # fmt: skip
+    with pytest.raises(
+        SchemaMismatch,
+        match=r"columns 'bmi', 'bp' are missing; "
+        r"the model expects: age, bmi, bp",
+    ):
         conform(frame, DIABETES)
 
 

@@ -173,9 +173,11 @@ def test_header_only_parquet_gives_an_empty_output(
 ):
     data = tmp_path / "header_only.parquet"
     pd.DataFrame(
-        {"tenure_months": pd.Series([], dtype="int64"),
-         "monthly_charges": pd.Series([], dtype="float64")}
-    ).to_parquet(data)  # fmt: skip
+        {
+            "tenure_months": pd.Series([], dtype="int64"),
+            "monthly_charges": pd.Series([], dtype="float64"),
+        }
+    ).to_parquet(data)
     settings = settings_for()
     run_file(settings, data, "models:/tenure@champion")
     out = pd.read_parquet(final_dir(settings) / "predictions.parquet")
@@ -234,9 +236,9 @@ def test_a_second_concurrent_run_of_the_same_key_is_refused(tmp_path):
     with (
         Partition(tmp_path, "job", "k"),
         pytest.raises(OutputBusy, match=r"another run"),
+        Partition(tmp_path, "job", "k"),
     ):
-        with Partition(tmp_path, "job", "k"):
-            pass
+        pass
 
 
 def test_interrupted_swap_is_restored_on_the_next_run(tmp_path):
@@ -278,8 +280,16 @@ def test_sigkill_mid_write_leaves_no_output_and_rerun_matches_a_clean_run(
         MLFERRY_CHUNK_ROWS="20000",
     )
     env.pop("MLFLOW_TRACKING_URI", None)
-    command = [sys.executable, "-m", "mlferry.cli", "score", "--input", str(data),
-               "--name", "big"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlferry.cli",
+        "score",
+        "--input",
+        str(data),
+        "--name",
+        "big",
+    ]
     parent = tmp_path / "out" / "big"
 
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)

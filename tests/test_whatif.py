@@ -26,8 +26,9 @@ def test_scenarios_cross_two_axes_and_hold_the_rest_at_the_baseline():
 
 
 def test_axis_with_a_step_includes_the_stop():
-    np.testing.assert_allclose(whatif.axis("bmi", {"start": 18, "stop": 22, "step": 2}),
-                               [18, 20, 22])  # fmt: skip
+    np.testing.assert_allclose(
+        whatif.axis("bmi", {"start": 18, "stop": 22, "step": 2}), [18, 20, 22]
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,9 +48,13 @@ def test_scenarios_reject_bad_grids(grid, message):
 def test_baseline_forms(tmp_path):
     data = tmp_path / "d.csv"
     pd.DataFrame(
-        {"id": ["a", "b", "c"], "age": [40.0, 50.0, 70.0], "bmi": [20.0, 30.0, 40.0],
-         "bp": [80.0, 90.0, 100.0]}
-    ).to_csv(data, index=False)  # fmt: skip
+        {
+            "id": ["a", "b", "c"],
+            "age": [40.0, 50.0, 70.0],
+            "bmi": [20.0, 30.0, 40.0],
+            "bp": [80.0, 90.0, 100.0],
+        }
+    ).to_csv(data, index=False)
     median = whatif.baseline({"median_of": "d.csv"}, COLUMNS, tmp_path)
     assert median == {"age": 50.0, "bmi": 30.0, "bp": 90.0}
     row = whatif.baseline({"row_of": "d.csv", "row": 3}, COLUMNS, tmp_path)
