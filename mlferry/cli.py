@@ -144,6 +144,49 @@ def demo_data(ctx, dest) -> None:
     click.echo(str(path))
 
 
+@cli.command("demo-serve")
+@click.option(
+    "--job",
+    type=click.Path(path_type=Path, exists=True),
+    default=Path("jobs/diabetes-whatif.yaml"),
+    show_default=True,
+)
+@click.pass_context
+@handled
+def demo_serve(ctx, job) -> None:
+    """Serve the model, ask it the what-if grid with requests, compare with batch."""
+    import numpy as np
+
+    from mlferry import demo
+    from mlferry.jobs import load_spec
+    from mlferry.scoring import read_output
+
+    settings = _settings(ctx)
+    spec = load_spec(job)
+    table = demo.service_round_trip(settings, job)
+    click.echo(
+        f"MLServer at {table.attrs['url']} answered as {table.attrs['model_name']} "
+        f"version {table.attrs['model_version']} ({len(table)} scenarios); stopped."
+    )
+    varied = list(spec.whatif.grid)
+    click.echo(
+        table[[*varied, "v2", "invocations"]].head(8).round(2).to_string(index=False)
+    )
+
+    # The batch what-if job asked the same questions: the answers must agree.
+    found = sorted(settings.output_dir.glob(f"{spec.name}/run=*/predictions.*"))
+    if found:
+        batch = read_output(found[-1])["prediction"].to_numpy()
+        served = table["v2"].to_numpy()
+        same = np.array_equal(batch, served) and np.array_equal(
+            served, table["invocations"].to_numpy()
+        )
+        verdict = "yes" if same else "NO"
+        click.echo(f"same answers as the batch what-if ({found[-1]}): {verdict}")
+        if not same:
+            sys.exit(1)
+
+
 @cli.command()
 @click.argument("name")
 @click.argument("version")

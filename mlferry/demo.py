@@ -102,3 +102,46 @@ def promote(name: str, version: str, alias: str = ALIAS) -> None:
     client.get_model_version(name, version)  # fails clearly if it does not exist
     client.set_registered_model_alias(name, alias, version)
     log.info("alias %s of %s → version %s", alias, name, version)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def service_round_trip(settings, whatif_spec: Path) -> pd.DataFrame:
+    """Serve the model, ask it the what-if questions with `requests`, stop it.
+
+    The scenario table is built exactly as the batch what-if job builds it, so the
+    two answers can be compared row by row.
+
+    Returns:
+        The scenarios with the service's V2 and /invocations predictions.
+    """
+    from mlferry import jobs, serving, whatif
+    from mlferry.client import ModelClient
+
+    ports = {name: _free_port() for name in ("http_port", "grpc_port", "metrics_port")}
+    settings = settings.model_copy(update={"host": "127.0.0.1", **ports})
+    spec = jobs.load_spec(whatif_spec)
+    config = serving.prepare(settings, spec.model)
+    log_file = settings.serve_dir / "mlserver.log"
+    with serving.Server(config, log_file=log_file) as server:
+        client = ModelClient(server.url, config.pinned.name)
+        columns = [
+            whatif.Column(i["name"], "double") for i in client.metadata()["inputs"]
+        ]
+        base = whatif.baseline(spec.whatif.baseline, columns, settings.input_dir)
+        table = whatif.scenarios(base, spec.whatif.grid, columns)
+        answer = client.infer(table)
+        table["v2"] = answer.frame["prediction"].to_numpy()
+        table["invocations"] = client.invocations(table[[c.name for c in columns]])[
+            "prediction"
+        ].to_numpy()
+        table.attrs["model_name"] = answer.model_name
+        table.attrs["model_version"] = answer.model_version
+        table.attrs["url"] = server.url
+    return table

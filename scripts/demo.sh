@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on the embedded default: start the local registry, train and
-# register the demo model, score the historical table and a what-if grid, print the
+# register the demo model, score the historical table and a what-if grid, serve the
+# model with MLServer and ask it the same what-if questions over HTTP, print the
 # results and where they are, then stop what this script started.
 # Knobs (env): MLFERRY_HOME (state, default .mlferry), MLFERRY_OUTPUT_DIR (default output).
 set -euo pipefail
@@ -25,23 +26,27 @@ trap cleanup EXIT
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "1/4 embedded registry"
+step "1/5 embedded registry"
 if "$mlferry" registry status >/dev/null 2>&1; then
   "$mlferry" registry status
 else
-  "$mlferry" registry start
+  "$mlferry" --log-level WARNING registry start
   started_registry=1
 fi
 
-step "2/4 train the demo model, register it, point diabetes@champion at it"
-"$mlferry" train-demo 2>/dev/null | grep -v '^🏃\|^🧪' || true
-"$mlferry" demo-data >/dev/null
+step "2/5 train the demo model, register it, point diabetes@champion at it"
+# MLflow prints links to its UI on stdout; the registry's UI is at the URL above.
+"$mlferry" --log-level WARNING train-demo | sed '/^🏃/d; /^🧪/d'
+"$mlferry" --log-level WARNING demo-data >/dev/null
 
-step "3/4 batch: score the historical table (jobs/diabetes-history.yaml)"
+step "3/5 batch: score the historical table (jobs/diabetes-history.yaml)"
 "$mlferry" --log-level WARNING score --job jobs/diabetes-history.yaml
 
-step "4/4 what-if: BMI × blood pressure around a median patient (jobs/diabetes-whatif.yaml)"
+step "4/5 what-if: BMI × blood pressure around a median patient (jobs/diabetes-whatif.yaml)"
 "$mlferry" --log-level WARNING score --job jobs/diabetes-whatif.yaml
+
+step "5/5 model as a service: MLServer + the MLflow runtime, called with requests"
+"$mlferry" --log-level WARNING demo-serve --job jobs/diabetes-whatif.yaml
 
 outputs="${MLFERRY_OUTPUT_DIR:-output}"
 printf '\nOutputs (predictions, manifest.json, _SUCCESS, whatif.png) are under %s/:\n' "$outputs"

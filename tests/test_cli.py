@@ -141,3 +141,21 @@ def test_json_logs_are_one_object_per_line(run, demo_version):
         json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")
     ]
     assert any("resolved diabetes@champion" in line["message"] for line in lines)
+
+
+def test_demo_serve_answers_the_whatif_like_the_batch_job(
+    run, demo_version, history, tmp_path
+):
+    env = {
+        "MLFERRY_INPUT_DIR": str(history.parent),
+        "MLFERRY_SCRATCH_DIR": str(tmp_path / "serve"),
+    }
+    job = str(ROOT / "jobs" / "diabetes-whatif.yaml")
+    assert run("score", "--job", job, **env).returncode == 0
+    result = run("demo-serve", "--job", job, **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        f"answered as diabetes version {demo_version} (72 scenarios)" in result.stdout
+    )
+    assert "same answers as the batch what-if" in result.stdout
+    assert result.stdout.rstrip().endswith("yes")
