@@ -73,68 +73,56 @@ def _to_number(values: pd.Series, column: Column, row_offset: int) -> pd.Series:
     if pd.api.types.is_numeric_dtype(values):
         return values.astype(np.float64, copy=False)
     converted = pd.to_numeric(values, errors="coerce")
-    bad = converted.isna() & values.notna()
+    _refuse(
+        converted.isna() & values.notna(),
+        values,
+        column,
+        row_offset,
+        lambda v: f"{_show(v)} is not a number (expected {column.type})",
+    )
+    return converted.astype(np.float64)
+
+
+def _refuse(bad, values: pd.Series, column: Column, row_offset: int, reason) -> None:
+    """Raise for the first row where `bad` is true; `reason(value)` says why."""
     if bad.any():
         position = _first_bad(bad)
-        raise _fail(
-            column.name,
-            position,
-            row_offset,
-            f"{_show(values.iloc[position])} is not a number (expected {column.type})",
-        )
-    return converted.astype(np.float64)
+        raise _fail(column.name, position, row_offset, reason(values.iloc[position]))
 
 
 def _cast(values: pd.Series, column: Column, row_offset: int) -> pd.Series:
     kind = column.type
+    missing = f"missing value; the model takes no missing values ({kind} column)"
     if kind in _NUMERIC:
         target = _NUMERIC[kind]
         typed = pd.api.types.is_dtype_equal(values.dtype, target)
         numbers = values if typed else _to_number(values, column, row_offset)
-        missing = numbers.isna()
-        if missing.any():
-            raise _fail(
-                column.name,
-                _first_bad(missing),
-                row_offset,
-                f"missing value; the model takes no missing values ({kind} column)",
-            )
+        _refuse(numbers.isna(), values, column, row_offset, lambda _: missing)
         if typed:
             return values  # already right: the fast path for typed input
         if kind in ("long", "integer"):
             info = np.iinfo(target)
             whole = np.isfinite(numbers) & (numbers == np.floor(numbers))
-            if not whole.all():
-                position = _first_bad(~whole)
-                raise _fail(
-                    column.name,
-                    position,
-                    row_offset,
-                    f"{_show(values.iloc[position])} is not a whole number "
-                    f"({kind} column)",
-                )
+            _refuse(
+                ~whole,
+                values,
+                column,
+                row_offset,
+                lambda v: f"{_show(v)} is not a whole number ({kind} column)",
+            )
             out_of_range = (numbers < info.min) | (numbers > info.max)
-            if out_of_range.any():
-                position = _first_bad(out_of_range)
-                raise _fail(
-                    column.name,
-                    position,
-                    row_offset,
-                    f"{_show(values.iloc[position])} does not fit {kind} "
-                    f"({info.min} to {info.max})",
-                )
+            _refuse(
+                out_of_range,
+                values,
+                column,
+                row_offset,
+                lambda v: f"{_show(v)} does not fit {kind} ({info.min} to {info.max})",
+            )
             if pd.api.types.is_integer_dtype(values):
                 return values.astype(target)  # exact, no float round trip
         return numbers.astype(target)
 
-    missing = values.isna()
-    if missing.any():
-        raise _fail(
-            column.name,
-            _first_bad(missing),
-            row_offset,
-            f"missing value; the model takes no missing values ({kind} column)",
-        )
+    _refuse(values.isna(), values, column, row_offset, lambda _: missing)
     if kind == "string":
         if values.map(lambda v: isinstance(v, bytes)).any():
             try:
@@ -153,14 +141,13 @@ def _cast(values: pd.Series, column: Column, row_offset: int) -> pd.Series:
         text = values.astype(str).str.strip().str.lower()
         mapping = {"true": True, "1": True, "1.0": True, "false": False, "0": False}
         mapped = text.map(mapping)
-        if mapped.isna().any():
-            position = _first_bad(mapped.isna())
-            raise _fail(
-                column.name,
-                position,
-                row_offset,
-                f"{_show(values.iloc[position])} is not true/false (boolean column)",
-            )
+        _refuse(
+            mapped.isna(),
+            values,
+            column,
+            row_offset,
+            lambda v: f"{_show(v)} is not true/false (boolean column)",
+        )
         return mapped.astype(bool)
     return values
 
