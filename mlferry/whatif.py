@@ -114,12 +114,11 @@ def scenarios(
 
 def plot(scored: pd.DataFrame, varied: list[str], path: Path, title: str) -> Path:
     """Save prediction against the varied feature(s) as a PNG."""
-    import matplotlib
+    # A bare Figure needs no pyplot and leaves the caller's backend alone (notebooks).
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    figure = Figure(figsize=(7, 4.5), dpi=110)
+    ax = figure.subplots()
     if len(varied) == 1:
         ax.plot(scored[varied[0]], scored["prediction"], marker="o")
     else:
@@ -138,5 +137,4 @@ def plot(scored: pd.DataFrame, varied: list[str], path: Path, title: str) -> Pat
     ax.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
-    plt.close(figure)
     return path
