@@ -33,8 +33,8 @@ lock: $(STAMP)
 
 # Check style with ruff.
 lint: $(STAMP)
-	$(BIN)/ruff check mlferry tests scripts
-	$(BIN)/ruff format --check mlferry tests scripts
+	$(BIN)/ruff check mlferry tests scripts notebooks
+	$(BIN)/ruff format --check mlferry tests scripts notebooks
 
 # Format the code with ruff.
 format: $(STAMP)

@@ -61,7 +61,7 @@ class LoadedModel:
 _worker_model: LoadedModel | None = None
 
 
-def _init_worker(model: LoadedModel) -> None:
+def _init_worker(model: LoadedModel, parent: int) -> None:
     global _worker_model
     _worker_model = model
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -69,7 +69,7 @@ def _init_worker(model: LoadedModel) -> None:
         # Die with the parent, even when it is killed with SIGKILL mid-run.
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
+        if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
 
@@ -85,7 +85,7 @@ def _worker_pool(model: LoadedModel, workers: int) -> ProcessPoolExecutor | None
         max_workers=workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_init_worker,
-        initargs=(model,),
+        initargs=(model, os.getpid()),
     )
     # Start them all now, before any reader thread exists in this process.
     for future in [pool.submit(os.getpid) for _ in range(workers)]:

@@ -17,6 +17,28 @@ from mlferry.errors import ConfigError
 DEFAULT_MODEL_URI = "models:/diabetes@champion"
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU limit.
+
+    In a container with `limits.cpu: 1` on a 16-core node, os.cpu_count() says 16;
+    the cgroup quota says 1.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cpus = cpus or os.cpu_count() or 1
+    quota = period = None
+    try:  # cgroup v2
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
+            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            pass
+    if quota and period and quota not in ("max", "-1"):
+        cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    return cpus
+
+
 class Settings(BaseSettings):
     """mlferry's configuration, from env vars and flags (flags win)."""
 
@@ -56,7 +78,7 @@ class Settings(BaseSettings):
         100_000, ge=1, description="Rows read, checked and scored at a time."
     )
     score_workers: int = Field(
-        default_factory=lambda: min(4, os.cpu_count() or 1),
+        default_factory=lambda: min(4, available_cpus()),
         ge=1,
         le=64,
         description="Processes predicting batch chunks in parallel (1: in-process).",

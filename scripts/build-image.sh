@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # Build the mlferry image with the pinned model baked in (what `make image` runs).
 #
-# 1. Resolve MODEL_URI to one registry version and download it into build/model
-#    (`mlferry fetch`, which also writes build/model/mlferry-pin.json).
+# 1. Resolve MODEL_URI to one registry version and download it into MODEL_DIR
+#    (`mlferry fetch`, which also writes MODEL_DIR/mlferry-pin.json).
 # 2. Read name, version, alias and run id from that pin file.
 # 3. Build images/mlferry/Dockerfile with BuildKit (context: the repository root),
 #    handing the CA bundle to pip as a build secret when there is one, and tag the
 #    image IMAGE:<name>-v<version>, e.g. mlferry:diabetes-v3.
-# 4. Write build/image.env (IMAGE_REF=..., MODEL_NAME=..., ...) for the scripts that
-#    load, deploy and test that exact image. The last line on stdout is the image ref.
+# 4. Write IMAGE_ENV (IMAGE_REF=..., MODEL_NAME=..., ...) for the scripts that load,
+#    deploy and test that exact image. The last line on stdout is the image ref.
 #
 # Knobs (environment):
 #   IMAGE         image name (default mlferry)
 #   MODEL_URI     model to bake: models:/NAME@ALIAS, /STAGE or /VERSION
 #                 (default models:/diabetes@champion); the registry is MLFLOW_TRACKING_URI,
 #                 or the embedded one when that is unset
-#   FETCH         1 = download the model; 0 = use the folder already in build/model
+#   FETCH         1 = download the model; 0 = use the folder already in MODEL_DIR
 #                 (default 1)
+#   MODEL_DIR     where the model is downloaded: build/model (default) or
+#                 build/model-NAME, e.g. for a build that must not replace yours (it
+#                 must be inside the build context, and .dockerignore lets in only these)
+#   IMAGE_ENV     where the image facts are written (default build/image.env)
 #   BASE_IMAGE    base image (default python:3.11-slim; when it is neither present nor
 #                 pullable, scripts/base-image.sh makes and names a local Debian base)
 #   CA_BUNDLE     CA bundle pip inside the build should trust, e.g. a TLS-intercepting
@@ -31,6 +35,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 IMAGE=${IMAGE:-mlferry}
 MODEL_URI=${MODEL_URI:-models:/diabetes@champion}
 FETCH=${FETCH:-1}
+MODEL_DIR=${MODEL_DIR:-build/model}
+IMAGE_ENV=${IMAGE_ENV:-build/image.env}
 BASE_IMAGE=${BASE_IMAGE:-python:3.11-slim}
 CA_BUNDLE=${CA_BUNDLE-/etc/ssl/certs/ca-certificates.crt}
 VENV=${VENV:-.venv}
@@ -45,9 +51,16 @@ fi
 cd "$ROOT"
 DOCKER="$ROOT/scripts/docker.sh"
 PY="$VENV/bin/python"
-MODEL_DIR=build/model
-PIN="$MODEL_DIR/mlferry-pin.json"
 log() { echo "build-image: $*" >&2; }
+
+# COPY takes MODEL_DIR relative to the context (the repository root).
+MODEL_DIR=${MODEL_DIR%/}
+MODEL_DIR=${MODEL_DIR#"$ROOT"/}
+if [[ ! "$MODEL_DIR" =~ ^build/model(-[A-Za-z0-9_-]+)?$ ]]; then
+  log "MODEL_DIR must be build/model or build/model-NAME in $ROOT, not '$MODEL_DIR'"
+  exit 2
+fi
+PIN="$MODEL_DIR/mlferry-pin.json"
 
 if [[ ! -x "$PY" ]]; then
   log "no project environment at $VENV; create it with: make venv"
@@ -63,7 +76,7 @@ if [[ "$FETCH" == 1 ]]; then
   NEW_DIR="$MODEL_DIR.new"
   trap 'rm -rf "$NEW_DIR"' EXIT
   rm -rf "$NEW_DIR"
-  mkdir -p build
+  mkdir -p "$(dirname "$MODEL_DIR")"
   log "fetching $MODEL_URI into $MODEL_DIR"
   "$VENV/bin/mlferry" fetch --model-uri "$MODEL_URI" --dest "$NEW_DIR" >&2
   rm -rf "$MODEL_DIR"
@@ -118,6 +131,7 @@ build_args=(
   --build-arg "MODEL_ALIAS=$MODEL_ALIAS"
   --build-arg "MODEL_VERSION=$MODEL_VERSION"
   --build-arg "MODEL_RUN_ID=$MODEL_RUN_ID"
+  --build-arg "MODEL_DIR=$MODEL_DIR"
 )
 # Proxy settings reach pip as Docker's predefined build args (kept out of the history).
 for var in HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy; do
@@ -143,6 +157,7 @@ DOCKER_BUILDKIT=1 "$DOCKER" build \
 
 # 4. Tell the other scripts which image this is.
 env_line() { printf '%s=%q\n' "$1" "$2"; }
+mkdir -p "$(dirname "$IMAGE_ENV")"
 {
   env_line IMAGE_REF "$IMAGE_REF"
   env_line IMAGE_NAME "$IMAGE"
@@ -153,9 +168,9 @@ env_line() { printf '%s=%q\n' "$1" "$2"; }
   env_line MODEL_RUN_ID "$MODEL_RUN_ID"
   env_line GIT_COMMIT "$GIT_COMMIT"
   env_line BASE_IMAGE "$BASE_IMAGE"
-} >build/image.env.tmp
-mv build/image.env.tmp build/image.env
+} >"$IMAGE_ENV.tmp"
+mv "$IMAGE_ENV.tmp" "$IMAGE_ENV"
 
 SIZE=$("$DOCKER" image inspect --format '{{.Size}}' "$IMAGE_REF")
-log "built $IMAGE_REF ($((SIZE / 1000000)) MB); details in build/image.env"
+log "built $IMAGE_REF ($((SIZE / 1000000)) MB); details in $IMAGE_ENV"
 echo "$IMAGE_REF"
