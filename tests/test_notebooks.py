@@ -1,8 +1,12 @@
 """The notebooks run top to bottom against a real registry, and are stored clean."""
 
+import contextlib
 import json
 import os
+import re
+import signal
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -12,11 +16,17 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from mlferry import demo, whatif
+from mlferry.scoring import load_model
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 BATCH_NOTEBOOKS = [path for path in NOTEBOOKS if path.name.startswith("01")]
-# What each batch notebook must leave behind: rows per output job, lines it prints
-# ({version}: the demo model's; {port}: the session registry's), plots it shows.
+SERVICE_NOTEBOOKS = [path for path in NOTEBOOKS if path.name.startswith("02")]
+# What each notebook must leave behind: rows per output job (batch notebooks), lines
+# it prints ({version}: the demo model's; {port}: the session registry's; {at_27} and
+# {at_32}: the in-process answers to the BMI question), plots it shows.
 EXPECTED = {
     "01-batch-and-what-if.ipynb": {
         "rows": {"diabetes-history": 442, "notebook-whatif": 72},
@@ -28,11 +38,33 @@ EXPECTED = {
         ],
         "images": 3,
     },
+    "02-model-as-a-service.ipynb": {
+        "text": [
+            "serving diabetes version {version} at http://127.0.0.1:",
+            '"model_version": "{version}"',
+            "answered by diabetes version {version}",
+            "HTTP 400 {{'error': ",
+            "column 'bmi' is missing; the model expects: age, sex, bmi, bp,",
+            "column 'bmi', row 1: '27.1 kg/m2' is not a number",
+            "ServiceError: HTTP 400: ",
+            "columns 'bmi', 'bp' are missing",
+            "still ready: True",
+            "diabetes version {version} predicts a progression of {at_27:.0f} "
+            "at BMI 27 and {at_32:.0f} at BMI 32",
+            "97 predictions, service and in-process identical: True",
+            "rest_server_requests_total{{",
+            'status_code="400"}}',
+            "stopped with exit code 0; ready: False",
+        ],
+        "images": 1,
+    },
 }
 CELL_TIMEOUT = 300  # seconds per cell; a whole notebook takes well under a minute
 # The kernel gets none of these from the caller's shell: the test picks the registry.
 _STRIPPED_ENV = ("MLFLOW_", "MLFERRY_", "DAGSHUB_", "USE_DAGSHUB", "MPLBACKEND")
 _PROBE = "import sys; print('kernel python:', sys.executable)"
+# "starting MLServer (pid N)" in the log, "MLServer pid N" from the notebook.
+_PID = re.compile(r"MLServer \(?pid (\d+)")
 
 
 def outputs_text(notebook) -> str:
@@ -85,11 +117,12 @@ def run_notebook(registry_server, session_home, kernel_dirs, tmp_path):
     """Execute a notebook in a fresh kernel against the session registry.
 
     Call it once per test with the notebook's path and extra kernel env; it returns
-    the executed notebook (also saved to tmp_path) or raises nbclient's
-    CellExecutionError, which shows the failing cell and its traceback. The kernel
-    reads and writes only tmp_path/in and tmp_path/out, and, unless the extra env
-    sets one, has no MLFLOW_TRACKING_URI: the notebook finds the embedded registry
-    from MLFERRY_HOME and MLFERRY_REGISTRY_PORT.
+    the executed notebook (also saved to tmp_path, even when a cell fails) or raises
+    nbclient's CellExecutionError, which shows the failing cell and its traceback.
+    The kernel reads and writes only tmp_path/in, tmp_path/out and tmp_path/scratch
+    (a model server's settings and log), and, unless the extra env sets one, has no
+    MLFLOW_TRACKING_URI: the notebook finds the embedded registry from MLFERRY_HOME
+    and MLFERRY_REGISTRY_PORT.
     """
 
     def execute(path: Path, **extra_env: str):
@@ -99,6 +132,7 @@ def run_notebook(registry_server, session_home, kernel_dirs, tmp_path):
             "MLFERRY_REGISTRY_PORT": str(registry_server.port),
             "MLFERRY_INPUT_DIR": str(tmp_path / "in"),
             "MLFERRY_OUTPUT_DIR": str(tmp_path / "out"),
+            "MLFERRY_SCRATCH_DIR": str(tmp_path / "scratch"),
             "IPYTHONDIR": str(tmp_path / "ipython"),  # no user profile or startup files
         } | extra_env
 
@@ -178,9 +212,126 @@ def test_batch_notebook_uses_mlflow_tracking_uri_when_set(
     assert manifest["model"]["version"] == demo_version
 
 
-def test_every_batch_notebook_has_expectations():
+def server_pids(executed: Path) -> list[int]:
+    """The MLServer PIDs a notebook printed, from its executed copy."""
+    if not executed.exists():  # the kernel never ran a cell
+        return []
+    notebook = nbformat.read(executed, as_version=4)
+    return sorted({int(pid) for pid in _PID.findall(outputs_text(notebook))})
+
+
+def session_members(leader: int) -> list[int]:
+    """Live processes of the session `leader` heads: MLServer and its workers.
+
+    `serving.Server` starts MLServer in a session of its own, so a worker that
+    outlived it still carries its session id (a reused PID would not).
+    """
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # After "pid (command)": state, ppid, pgrp, session, ...
+            state, _, _, session = stat.read_text().rsplit(")", 1)[1].split()[:4]
+        except (OSError, ValueError):
+            continue  # the process exited while we looked
+        if int(session) == leader and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def survivors(pids: list[int], wait: float = 30.0) -> list[int]:
+    """Processes of these MLServer sessions still alive after `wait` seconds.
+
+    Any found are killed here, so a failing test leaves no server behind.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        alive = [member for pid in pids for member in session_members(pid)]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for member in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
+    return alive
+
+
+def bmi_question_in_process(settings_for, input_dir: Path) -> tuple[float, float]:
+    """Notebook 01's answer: the median patient at BMI 27 and 32, in process."""
+    model = load_model(settings_for())
+    base = whatif.baseline({"median_of": demo.HISTORY_FILE}, model.columns, input_dir)
+    question = whatif.scenarios(base, {"bmi": [27, 32]}, model.columns)
+    at_27, at_32 = model.predict(question)["prediction"]
+    return at_27, at_32
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(),
+    reason="needs /proc to find MLServer processes",
+)
+@pytest.mark.parametrize("path", SERVICE_NOTEBOOKS, ids=lambda p: p.name)
+def test_service_notebooks_serve_answer_and_stop_their_server(
+    run_notebook, settings_for, demo_version, tmp_path, path
+):
+    expected = EXPECTED[path.name]
+    try:
+        notebook = run_notebook(path)
+    finally:
+        pids = server_pids(tmp_path / f"{path.stem}.executed.ipynb")
+        left = survivors(pids)
+    text = outputs_text(notebook)
+
+    # The notebook started a server, said which, and nothing of it is left.
+    assert pids, "the notebook printed no MLServer pid"
+    assert left == [], f"MLServer processes still running after the notebook: {left}"
+
+    # What the reader sees: versions, 400 reasons, the answers notebook 01 gives.
+    at_27, at_32 = bmi_question_in_process(settings_for, tmp_path / "in")
+    for line in expected["text"]:
+        wanted = line.format(version=demo_version, at_27=at_27, at_32=at_32)
+        assert wanted in text
+    assert "Traceback" not in text
+    assert len(images(notebook)) == expected["images"]
+    assert not (tmp_path / "out").exists(), "a service notebook publishes no batch run"
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(),
+    reason="needs /proc to find MLServer processes",
+)
+def test_service_notebook_stops_its_server_when_a_later_cell_fails(
+    run_notebook, demo_version, tmp_path
+):
+    # A copy that fails right after the server is up, as a reader's edit might.
+    source = ROOT / "notebooks" / "02-model-as-a-service.ipynb"
+    notebook = nbformat.read(source, as_version=4)
+    (start,) = [
+        number
+        for number, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code" and "server.start()" in cell.source
+    ]
+    notebook.cells.insert(
+        start + 1, nbformat.v4.new_code_cell("raise RuntimeError('a cell failed')")
+    )
+    copy = tmp_path / "notebooks" / source.name
+    copy.parent.mkdir()
+    nbformat.write(notebook, copy)
+
+    try:
+        with pytest.raises(CellExecutionError, match="a cell failed"):
+            run_notebook(copy)
+    finally:
+        pids = server_pids(tmp_path / f"{copy.stem}.executed.ipynb")
+        left = survivors(pids)
+
+    assert pids, "the server was not started before the failing cell"
+    assert left == [], f"MLServer processes still running after the kernel: {left}"
+
+
+def test_every_notebook_has_expectations():
     assert BATCH_NOTEBOOKS, "no notebook 01-*.ipynb in notebooks/"
-    assert {path.name for path in BATCH_NOTEBOOKS} == set(EXPECTED)
+    assert SERVICE_NOTEBOOKS, "no notebook 02-*.ipynb in notebooks/"
+    assert {path.name for path in NOTEBOOKS} == set(EXPECTED)
+    assert set(NOTEBOOKS) == set(BATCH_NOTEBOOKS) | set(SERVICE_NOTEBOOKS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
