@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock lint format registry registry-stop model demo test bench clean
+.PHONY: help venv lock lint format registry registry-stop model demo test bench notebook clean
 
 # Show this help.
 help:
@@ -64,6 +64,10 @@ test: $(STAMP)
 # Measure batch throughput and memory against in-process predict.
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_batch.py
+
+# Open the notebooks in JupyterLab (start the registry first: make registry model).
+notebook: $(STAMP)
+	$(BIN)/jupyter lab notebooks
 
 # Remove generated state: registry, outputs, build context (keeps the environment).
 clean:
