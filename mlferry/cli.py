@@ -3,6 +3,7 @@
 import functools
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def handled(command):
         except MlferryError as exc:
             log.error("%s", exc)
             sys.exit(exc.exit_code)
+        except OSError as exc:  # a path the user gave: not writable, not a folder
+            log.error("%s: %s", exc.strerror or type(exc).__name__, exc.filename or exc)
+            sys.exit(2)
 
     return wrapper
 
@@ -314,7 +318,13 @@ def score(ctx, job, input_path, name, output_format, **flags) -> None:
     if job:
         spec = jobs.load_spec(job)
     elif input_path:
-        spec = jobs.JobSpec(name=name or Path(input_path).stem, input=str(input_path))
+        default = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(input_path).stem).strip("-.")
+        try:
+            spec = jobs.JobSpec(name=name or default or "scores", input=str(input_path))
+        except ValueError as exc:
+            raise click.BadParameter(
+                str(exc).splitlines()[-1], param_hint="--name"
+            ) from None
     else:
         raise click.UsageError("give --job SPEC or --input FILE")
     manifest = jobs.run(

@@ -4,11 +4,13 @@ Every consumer (batch job, server, image build) goes through `resolve`, so they 
 agree on which registry version they use and say so the same way.
 """
 
+import fcntl
 import json
 import logging
 import os
 import re
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -317,36 +319,48 @@ def _explain(exc) -> RegistryError:
     return RegistryError(f"the registry at {host} failed: {text}")
 
 
+def _holds(dest: Path, pinned: PinnedModel) -> bool:
+    """True when `dest` is a complete copy of exactly this version."""
+    pin_path = dest / PIN_FILE
+    if not (pin_path.exists() and (dest / "MLmodel").exists()):
+        return False
+    held = PinnedModel.from_dict(json.loads(pin_path.read_text()))
+    return (held.name, held.version) == (pinned.name, pinned.version)
+
+
 def fetch(pinned: PinnedModel, dest: Path) -> Path:
     """Download the pinned version into `dest` (an MLflow model folder + pin file).
 
-    A folder that already holds this exact version is reused.
+    A folder that already holds this exact version is reused. Processes fetching the
+    same folder at once take turns (a lock beside it), and each downloads into its
+    own staging folder, so a copy is only ever seen complete.
     """
     import mlflow
 
     dest = Path(dest)
-    pin_path = dest / PIN_FILE
-    if pin_path.exists():
-        held = PinnedModel.from_dict(json.loads(pin_path.read_text()))
-        if (held.name, held.version) == (pinned.name, pinned.version):
-            log.info("model %s version %s already in %s", held.name, held.version, dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _holds(dest, pinned):
+            log.info(
+                "model %s version %s already in %s", pinned.name, pinned.version, dest
+            )
             return dest
-    staging = dest.with_name(f".{dest.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    started = time.monotonic()
-    try:
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=pinned.pinned_uri, dst_path=str(staging)
-        )
-    except Exception as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, mlflow.exceptions.MlflowException):
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        started = time.monotonic()
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=pinned.pinned_uri, dst_path=str(staging)
+            )
+            (staging / PIN_FILE).write_text(
+                json.dumps(pinned.to_dict(), indent=2) + "\n"
+            )
+            shutil.rmtree(dest, ignore_errors=True)
+            staging.rename(dest)
+        except mlflow.exceptions.MlflowException as exc:
             raise _explain(exc) from None
-        raise
-    (staging / PIN_FILE).write_text(json.dumps(pinned.to_dict(), indent=2) + "\n")
-    shutil.rmtree(dest, ignore_errors=True)
-    staging.rename(dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     log.info(
         "downloaded %s version %s to %s in %.1fs",
         pinned.name,

@@ -68,6 +68,15 @@ def _fail(column: str, position: int, row_offset: int, what: str) -> SchemaMisma
 
 def _to_number(values: pd.Series, column: Column, row_offset: int) -> pd.Series:
     """Numbers as float64 (NaN for gaps); text that is not a number is an error."""
+    if pd.api.types.is_datetime64_any_dtype(
+        values
+    ) or pd.api.types.is_timedelta64_dtype(values):
+        raise _fail(
+            column.name,
+            0,
+            row_offset,
+            f"a {values.dtype} value is not a number (expected {column.type})",
+        )
     if pd.api.types.is_bool_dtype(values):
         return values.astype(np.float64)
     if pd.api.types.is_numeric_dtype(values):
@@ -98,6 +107,14 @@ def _cast(values: pd.Series, column: Column, row_offset: int) -> pd.Series:
         typed = pd.api.types.is_dtype_equal(values.dtype, target)
         numbers = values if typed else _to_number(values, column, row_offset)
         _refuse(numbers.isna(), values, column, row_offset, lambda _: missing)
+        limit = np.finfo(np.float32 if kind == "float" else np.float64).max
+        _refuse(
+            ~(np.abs(numbers) <= limit),
+            values,
+            column,
+            row_offset,
+            lambda v: f"{_show(v)} is not a finite number that fits {kind}",
+        )
         if typed:
             return values  # already right: the fast path for typed input
         if kind in ("long", "integer"):
@@ -179,13 +196,19 @@ def conform(
             f"the model expects: {expected}",
             column=missing[0],
         )
+    duplicated = sorted({str(n) for n in frame.columns[frame.columns.duplicated()]})
+    if duplicated:
+        raise SchemaMismatch(
+            f"column {duplicated[0]!r} appears more than once; give each column once",
+            column=duplicated[0],
+        )
     wanted = [c for c in columns if c.name in present]
     if all(
         c.type in _NUMERIC and frame[c.name].dtype == _NUMERIC[c.type] for c in wanted
     ):
         # Fast path, typed input (Parquet, V2 tensors): one vectorised gap check.
         inputs = frame[[c.name for c in wanted]].reset_index(drop=True)
-        if not inputs.isna().to_numpy().any():
+        if np.isfinite(inputs.to_numpy()).all():  # no gaps, no infinities
             return inputs
     data = {
         c.name: _cast(frame[c.name].reset_index(drop=True), c, row_offset)

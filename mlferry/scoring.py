@@ -172,9 +172,15 @@ class _Writer:
             try:
                 table = table.cast(self._schema)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+                now = {field.name: field.type for field in table.schema}
+                changed = [
+                    f"{field.name!r} ({field.type} → {now[field.name]})"
+                    for field in self._schema
+                    if field.name in now and now[field.name] != field.type
+                ]
                 raise InputError(
-                    "a pass-through column changed type between chunks "
-                    f"(first {self._schema}, now {table.schema}); give it one type"
+                    f"column {', '.join(changed)} changed type from one chunk to the "
+                    "next; give it one type, or write CSV output"
                 ) from None
         self._parquet.write_table(table)
 

@@ -72,7 +72,9 @@ class Settings(BaseSettings):
         Path("output"), description="Base folder for batch outputs."
     )
     run_key: str | None = Field(
-        None, description="Output partition of a batch run (default: today, UTC)."
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+        description="Output partition of a batch run (default: today, UTC).",
     )
     chunk_rows: int = Field(
         100_000, ge=1, description="Rows read, checked and scored at a time."

@@ -35,7 +35,8 @@ class FileSource:
     def __init__(self, path: Path, chunk_rows: int, fmt: str | None = None):
         self.path = Path(path)
         if not self.path.is_file():
-            raise ConfigError(f"input file {self.path} does not exist")
+            what = "is a folder, not a file" if self.path.is_dir() else "does not exist"
+            raise ConfigError(f"input file {self.path} {what}")
         self.format = format_of(self.path, fmt)
         self.chunk_rows = chunk_rows
         self._sha256: str | None = None
@@ -60,7 +61,10 @@ class FileSource:
     @property
     def total_rows(self) -> int | None:
         if self.format == "parquet":
-            return pq.ParquetFile(self.path).metadata.num_rows
+            try:
+                return pq.ParquetFile(self.path).metadata.num_rows
+            except Exception:  # reported, with the reason, when the rows are read
+                return None
         return None
 
     def describe(self) -> str:
@@ -91,7 +95,16 @@ class FileSource:
         if parquet.metadata.num_rows == 0:
             yield parquet.schema_arrow.empty_table().to_pandas()
             return
-        for batch in parquet.iter_batches(batch_size=self.chunk_rows):
+        batches = parquet.iter_batches(batch_size=self.chunk_rows)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
+                raise InputError(
+                    f"{self.path} cannot be read as Parquet: {exc}"
+                ) from None
             yield batch.to_pandas()
 
     def _csv(self) -> Iterator[pd.DataFrame]:
@@ -103,6 +116,10 @@ class FileSource:
                 yield chunk
             if not produced:  # a header and no rows
                 yield pd.read_csv(self.path, nrows=0)
+        except pd.errors.EmptyDataError:
+            raise EmptyInput(
+                f"input file {self.path} has no header line; expected at least one"
+            ) from None
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise InputError(f"{self.path} is not readable as CSV: {exc}") from None
 

@@ -214,3 +214,40 @@ def test_auth_credentials_file_serves_tracking_and_registry_alike(
     registry.connect(auth_settings)  # the preflight (plain HTTP) is authenticated
     with pytest.raises(ModelNotFound, match=r"does not exist"):
         registry.resolve("models:/diabetes@champion")  # and so is MLflow's client
+
+
+def test_concurrent_fetches_of_one_version_both_succeed(
+    settings_for, demo_version, tmp_path
+):
+    import threading
+
+    registry.connect(settings_for())
+    pinned = registry.resolve("models:/diabetes@champion")
+    dest = tmp_path / "cache" / "diabetes" / pinned.version
+    errors = []
+
+    def fetch():
+        try:
+            registry.fetch(pinned, dest)
+        except Exception as exc:  # any failure fails the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert (dest / "MLmodel").exists()
+    leftovers = [p.name for p in dest.parent.iterdir() if p.name != ".1.lock"]
+    assert leftovers == ["1"]
+
+
+def test_fetch_replaces_a_copy_without_its_model(settings_for, demo_version, tmp_path):
+    registry.connect(settings_for())
+    pinned = registry.resolve("models:/diabetes@champion")
+    dest = tmp_path / "model"
+    dest.mkdir()
+    (dest / registry.PIN_FILE).write_text(__import__("json").dumps(pinned.to_dict()))
+    registry.fetch(pinned, dest)
+    assert (dest / "MLmodel").exists()

@@ -116,3 +116,31 @@ def test_conform_of_an_empty_frame_gives_typed_empty_columns():
     out = conform(frame, DIABETES)
     assert len(out) == 0
     assert all(out.dtypes == np.float64)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, "inf", "1e400"])
+def test_conform_rejects_infinite_values(bad):
+    frame = pd.DataFrame({"age": [1.0, bad], "bmi": [1.0] * 2, "bp": [1.0] * 2})
+    with pytest.raises(
+        SchemaMismatch, match=r"column 'age', row 2: .* is not a finite"
+    ):
+        conform(frame, DIABETES)
+
+
+def test_conform_rejects_a_float32_overflow():
+    with pytest.raises(SchemaMismatch, match=r"does not fit float|not a finite number"):
+        conform(pd.DataFrame({"x": [1.7e308]}), [Column("x", "float")])
+
+
+def test_conform_refuses_timestamps_in_a_number_column():
+    frame = pd.DataFrame(
+        {"age": pd.to_datetime(["2024-01-01"]), "bmi": [1.0], "bp": [1.0]}
+    )
+    with pytest.raises(SchemaMismatch, match=r"column 'age', row 1: a datetime64"):
+        conform(frame, DIABETES)
+
+
+def test_conform_refuses_duplicate_columns():
+    frame = pd.DataFrame([[1.0, 2.0, 3.0, 4.0]], columns=["age", "bmi", "bp", "bmi"])
+    with pytest.raises(SchemaMismatch, match=r"column 'bmi' appears more than once"):
+        conform(frame, DIABETES)

@@ -355,3 +355,20 @@ def test_prediction_columns_name_multi_output_models():
     assert list(two.columns) == ["prediction_0", "prediction_1"]
     one = scoring.prediction_columns(pd.DataFrame({"y": [1.0]}), 1)
     assert list(one.columns) == ["prediction"]
+
+
+def test_unreadable_inputs_fail_with_one_line_and_no_output(
+    settings_for, demo_version, tmp_path
+):
+    from mlferry.errors import InputError
+
+    not_parquet = tmp_path / "x.parquet"
+    not_parquet.write_text("a,b\n1,2\n")
+    newlines = tmp_path / "blank.csv"
+    newlines.write_text("\n\n\n")
+    settings = settings_for()
+    with pytest.raises(InputError, match=r"cannot be read as Parquet|not a readable"):
+        run_file(settings, not_parquet)
+    with pytest.raises(EmptyInput, match=r"has no header line"):
+        run_file(settings, newlines)
+    assert not final_dir(settings).exists()

@@ -415,3 +415,42 @@ def test_serve_with_a_ghost_alias_fails_before_starting(settings_for, demo_versi
 
     with pytest.raises(ModelNotFound, match=r"no alias 'ghost'"):
         serving.prepare(settings_for(model_uri="models:/diabetes@ghost"))
+
+
+def test_requests_with_no_rows_or_no_shape_are_400(server):
+    empty = [column(n, [], shape=[0]) for n in FEATURES]
+    assert_client_error(v2(server, "diabetes", empty), 400, "no rows")
+    header_only = post(
+        server,
+        "/invocations",
+        data=",".join(FEATURES) + "\n",
+        headers={"Content-Type": "text/csv"},
+    )
+    assert_client_error(header_only, 400, "no rows")
+    scalar = [{**column(n, [1.0]), "shape": []} for n in FEATURES]
+    assert_client_error(v2(server, "diabetes", scalar), 400, "shape []")
+
+
+def test_infinite_values_and_duplicate_columns_are_400(server, rows):
+    body = ",".join(FEATURES) + "\n" + ",".join(["1"] * 9 + ["inf"]) + "\n"
+    answer = post(
+        server, "/invocations", data=body, headers={"Content-Type": "text/csv"}
+    )
+    assert_client_error(answer, 400, "'s6'", "not a finite number")
+    twice = {"dataframe_split": {"columns": [*FEATURES, "bmi"], "data": [[1.0] * 11]}}
+    assert_client_error(post(server, "/invocations", json=twice), 400, "'bmi' appears")
+    inputs = diabetes_inputs(rows.head(1))
+    assert_client_error(
+        v2(server, "diabetes", [*inputs, inputs[0]]), 400, "more than once"
+    )
+
+
+def test_media_type_is_case_insensitive(server, rows):
+    body = {"dataframe_split": {"columns": FEATURES, "data": [[1.0] * 10]}}
+    answer = post(
+        server,
+        "/invocations",
+        data=__import__("json").dumps(body),
+        headers={"Content-Type": "Application/JSON; Charset=UTF-8"},
+    )
+    assert answer.status_code == 200, answer.text
