@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock lint format registry registry-stop model demo test bench notebook clean
+.PHONY: help venv lock lint format registry registry-stop model demo test bench bench-serve notebook clean
 
 # Show this help.
 help:
@@ -64,6 +64,11 @@ test: $(STAMP)
 # Measure batch throughput and memory against in-process predict.
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_batch.py
+
+# Measure the model service against mlflow models serve and in-process predict (needs wrk).
+bench-serve: $(STAMP)
+	@command -v wrk >/dev/null || { echo "bench-serve needs wrk (apt-get install wrk)"; exit 1; }
+	$(BIN)/python scripts/bench_serve.py
 
 # Open the notebooks in JupyterLab (start the registry first: make registry model).
 notebook: $(STAMP)
